@@ -47,7 +47,6 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-import click
 import httpx
 import tenacity
 import typer
@@ -175,6 +174,7 @@ class RequestSpec:
     stream: bool = False
     validate: bool = True
     out: Path | None = None
+    labels: dict[str, Any] = field(default_factory=dict)  # recorded only, never sent
 
 
 @dataclass
@@ -349,13 +349,19 @@ def parse_params(params: str | None, param_pairs: list[str] | None = None) -> di
                 f'{source} must be a JSON object, not {type(value).__name__}; for example \'{{"aspect_ratio":"16:9"}}\''
             )
         merged.update(value)
-    for pair in param_pairs or []:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--param {pair!r} is not key=value; write it as --param aspect_ratio=16:9")
-        merged[key] = _param_value(raw)
+    merged.update(parse_pairs(param_pairs, "--param", "aspect_ratio=16:9"))
     return merged
+
+
+def parse_pairs(pairs: list[str] | None, option: str = "--param", example: str = "aspect_ratio=16:9") -> dict[str, Any]:
+    """Repeatable ``key=value`` options; the value is read as JSON when it parses, else as a string."""
+    parsed: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{option} {pair!r} is not key=value; write it as {option} {example}")
+        parsed[key.strip()] = _param_value(raw)
+    return parsed
 
 
 def _param_value(raw: str) -> Any:
@@ -1679,6 +1685,7 @@ class Record:
                 "prompt": spec.prompt,
                 "system": spec.system,
                 "params": spec.params,
+                "labels": spec.labels,
                 "api": spec.api if spec.mode == "llm" else None,
                 "inputs": [],
                 "base_url": settings.base_url,
@@ -2301,8 +2308,8 @@ def _write_summary(
 
 
 EXAMPLES = """\
+\b
 Examples:
-
   uv run scripts/poe_request_orchestrator.py --mode image --model nano-banana-2 --prompt "A fox" --out outputs/fox.json
   uv run scripts/poe_request_orchestrator.py --mode video --model veo-3.1 --prompt Ski -P duration=6 -P resolution=1080p
   uv run scripts/poe_request_orchestrator.py --mode llm --model Claude-Sonnet-4.6 --prompt - < notes.txt
@@ -2310,6 +2317,7 @@ Examples:
   uv run scripts/poe_request_orchestrator.py --batch requests.jsonl --concurrency 8
   uv run scripts/poe_request_orchestrator.py --list-models --mode video
 
+\b
 Exit codes: 0 ok, 2 bad input, 3 key missing/rejected, 4 out of points, 5 rejected (400/403/404/413),
 6 rate limited, 7 server/overload, 8 network/timeout, 9 no media returned, 10 download failed,
 11 batch had failures, 130 cancelled.
@@ -2342,6 +2350,9 @@ def cli(
         None, "--param", "-P", help="One parameter as key=value (value read as JSON when it parses); repeatable."
     ),
     image: list[str] | None = typer.Option(None, "--image", "-i", help="An input image file or URL; repeatable."),
+    label: list[str] | None = typer.Option(
+        None, "--label", help="key=value kept in the record's labels and never sent (e.g. a ticket id); repeatable."
+    ),
     route: str = typer.Option("auto", "--route", help="auto (from the catalogue), direct, or chat."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Where to write the JSON record (default: a new file under outputs/)."
@@ -2428,6 +2439,7 @@ def cli(
         images=list(image or []),
         stream=stream,
         validate=not no_validate,
+        labels=parse_pairs(label, "--label", "ticket=OPS-12"),
     )
     if batch:
         raise typer.Exit(batch_command(batch, spec, out, settings, ui, concurrency, force, as_json, prompt))
@@ -2691,12 +2703,20 @@ def download_record(path: Path, settings: Settings, ui: Ui, as_json: bool) -> in
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every error becomes one line on stderr and its exit code; never a traceback."""
-    command = typer.main.get_command(app)
-    args = list(sys.argv[1:] if argv is None else argv)
+    return run_command(app, list(sys.argv[1:] if argv is None else argv))
+
+
+def env_base_url() -> str:
+    return os.environ.get("POE_BASE_URL") or DEFAULT_BASE_URL
+
+
+def run_command(typer_app: typer.Typer, args: list[str]) -> int:
+    """Run a click command so that any error is one line on stderr and an exit code (shared with the wrapper)."""
     verbose = "--verbose" in args or "-v" in args
     api_key = os.environ.get("POE_API_KEY", "")
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
+        command = typer.main.get_command(typer_app)
         result = command.main(args=args, prog_name=Path(sys.argv[0]).name, standalone_mode=False)
         return int(result or 0)
     except PoeError as exc:
@@ -2705,10 +2725,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.exit_code)
     except typer.Exit as exc:  # pragma: no cover - click turns Exit into a return value
         return int(exc.exit_code)
-    except click.ClickException as exc:
-        console.print(f"error: {exc.format_message()} (see --help)", style="bold red", markup=False)
+    except typer.exceptions.TyperException as exc:  # click's usage errors (bad option, missing value)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        console.print(f"error: {message} (see --help)", style="bold red", markup=False)
         return int(ExitCode.USAGE)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         console.print("error: cancelled", style="bold red", markup=False)
         return int(ExitCode.CANCELLED)
     except Exception as exc:  # a bug: one line, unless --verbose asks for the traceback
