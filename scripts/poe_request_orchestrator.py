@@ -1908,16 +1908,19 @@ def save_inline_outputs(record: Record, record_path: Path | None) -> None:
         out.update(path=str(target), bytes=len(content), sha256=hashlib.sha256(content).hexdigest(), content_type=ctype)
 
 
-def same_origin(url: str, base_url: str) -> bool:
+def is_api_url(url: str, base_url: str) -> bool:
+    """True only for the API's own endpoints (same scheme, host and port, under the base path): the only
+    URLs that ever get the key. A CDN, another host, or another path on the same host never does."""
     a, b = httpx.URL(url), httpx.URL(base_url)
-    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
+    base_path = b.path.rstrip("/") + "/"
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port) and a.path.startswith(base_path)
 
 
 def download_outputs(
     record: Record, record_path: Path | None, client: httpx.Client, settings: Settings, ui: Ui
 ) -> None:
     """Stream every URL output to a file beside the record (.part, then rename); hash and size go back
-    into the record. The key is sent only to the API's own host."""
+    into the record. The key is sent only to the API's own endpoints (is_api_url)."""
     if record_path is None:
         raise UsageError("--download needs a record path (--out)")
     outputs = record.data["outputs"]
@@ -1938,13 +1941,13 @@ def download_file(
     ui: Ui,
     max_redirects: int = 5,
 ) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {settings.api_key}"} if same_origin(url, settings.base_url) else {}
+    headers = {"Authorization": f"Bearer {settings.api_key}"} if is_api_url(url, settings.base_url) else {}
     try:
         for _ in range(max_redirects + 1):
             with client.stream("GET", url, headers=headers, timeout=httpx.Timeout(settings.timeout, connect=15)) as r:
                 if r.is_redirect and "location" in r.headers:
                     url = str(r.url.join(r.headers["location"]))
-                    headers = headers if same_origin(url, settings.base_url) else {}
+                    headers = headers if is_api_url(url, settings.base_url) else {}
                     continue
                 if r.status_code >= 400:
                     raise DownloadError(

@@ -123,7 +123,7 @@ def test_chat_stream_arrives_progressively(emulator: PoeEmulator) -> None:
                 arrivals.append(time.monotonic() - start)
                 lines.append(line)
     assert lines[-1] == "data: [DONE]"
-    assert arrivals[0] < 0.3 < arrivals[-1]
+    assert arrivals[-1] - arrivals[0] >= 0.35  # chunks spread over the latency, not sent in one burst
 
 
 def test_sdk_responses_plain(emulator: PoeEmulator) -> None:
@@ -649,16 +649,17 @@ def test_concurrent_slow_requests(emulator: PoeEmulator) -> None:
         durations.append(time.monotonic() - start)
 
     start = time.monotonic()
-    threads = [threading.Thread(target=one) for _ in range(6)]
+    threads = [threading.Thread(target=one) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(durations) == 6 and min(durations) >= 0.4
-    assert time.monotonic() - start < 1.5  # served in parallel
+    assert len(durations) == 8 and min(durations) >= 0.4
+    assert time.monotonic() - start < 2.0  # served in parallel (one by one would take 3.2 s)
+    emulator.latency = 2.0
     start = time.monotonic()
     assert HTTP.get(emulator.base_url + "/models").status_code == 200  # latency only for paid calls
-    assert time.monotonic() - start < 0.3
+    assert time.monotonic() - start < 1.0
 
 
 def test_busy_port_raises_oserror(emulator: PoeEmulator) -> None:
