@@ -102,6 +102,9 @@ class PoeError(Exception):
         self.status = status
         self.error_type = error_type
 
+    def __str__(self) -> str:
+        return self.message
+
     def as_record(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
@@ -648,7 +651,7 @@ def validate_params(params: dict[str, Any], model: ModelInfo, allowed_extra: fro
         return params
     checked: dict[str, Any] = {}
     for name, value in params.items():
-        if name in STANDARD_FIELDS or name in allowed_extra:
+        if name not in declared and (name in STANDARD_FIELDS or name in allowed_extra):
             checked[name] = value
             continue
         if name not in declared:
@@ -2267,8 +2270,8 @@ def run_batch(
                 description=f"done {counters['done']} · failed {counters['failed']} · retries "
                 f"{counters['retries']}" + (f" · waiting {waiting:.1f} s on the rate limit" if waiting else ""),
             )
+    counters["rate_limit_pauses"] = gate.pauses
     summary = _write_summary(summary_path, lines, results, counters, started, cancelled=cancelled)
-    summary["rate_limit_pauses"] = gate.pauses
     code = ExitCode.CANCELLED if cancelled else ExitCode.BATCH_FAILED if counters["failed"] else ExitCode.OK
     return int(code), summary
 
@@ -2312,6 +2315,7 @@ def _write_summary(
         "failed": counters["failed"],
         "skipped": counters["skipped"],
         "retries": counters["retries"],
+        "rate_limit_pauses": counters.get("rate_limit_pauses", 0),
         "lines": rows,
     }
     atomic_write_text(path, json.dumps(summary, ensure_ascii=False, indent=2))
