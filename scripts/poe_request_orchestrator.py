@@ -275,7 +275,8 @@ def _run(
     _save(record, writer, settings)  # a pending record exists before any paid call
     sender = Sender(client, settings, ui, gate, record)
     llm = spec.mode == "llm"
-    with ui.status(f"{spec.mode}: {spec.model} via {plan.route.endpoint}"):
+    waiting = contextlib.nullcontext() if plan.request.stream else ui.status(f"{spec.model} via {plan.route.endpoint}")
+    with waiting:
         response = sender.send(plan.request, paid=True, llm=llm, stream=plan.request.stream)
         if response.status_code in (404, 405) and plan.fallback is not None:
             ui.warn(
@@ -1144,12 +1145,9 @@ class wait_retry_after(tenacity.wait.wait_base):
         return self.fallback(retry_state)
 
 
-def backoff_wait() -> tenacity.wait.wait_base:
-    """min(0.5 * 2^n, 8) s shortened by up to 25 % jitter, as openai-python does."""
-    return _JitteredExponential()
+class wait_jittered_exponential(tenacity.wait.wait_base):
+    """min(0.5 * 2^n, 8) s shortened by up to 25 % random jitter, as openai-python does."""
 
-
-class _JitteredExponential(tenacity.wait.wait_base):
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         base: float = tenacity.wait_exponential(multiplier=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S)(retry_state)
         return base * (1 - 0.25 * random.random())
@@ -1195,10 +1193,10 @@ class Sender:
         retry_uncertain = llm or not paid or self.settings.retry_uncertain
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.max_retries + 1),
-            wait=wait_retry_after(backoff_wait()),
+            wait=wait_retry_after(wait_jittered_exponential()),
             retry=tenacity.retry_if_exception(self._should_retry),
             before_sleep=self._before_sleep,
-            sleep=self._sleep_with_gate,
+            sleep=self.sleep,
             reraise=True,
         )
         try:
@@ -1266,9 +1264,6 @@ class Sender:
         if isinstance(exc, RetryableFailure) and exc.response is not None and exc.response.status_code == 429:
             self.gate.pause(wait)
         self.ui.retry(f"{reason}; retry {state.attempt_number} of {self.settings.max_retries} in {wait:.1f} s")
-
-    def _sleep_with_gate(self, seconds: float) -> None:
-        self.sleep(seconds)
 
     def _exhausted(self, failure: RetryableFailure, req: PreparedRequest, tries: int) -> PoeError:
         model = self.record.data.get("model", "")
@@ -1770,9 +1765,8 @@ class Record:
         self.data.update(text=result.text, usage=result.usage or self.data.get("usage"))
         self.data["outputs"] = result.outputs
         if result.job is not None:
-            self.data.setdefault("job", {})
             self.data["job"] = {
-                **(self.data.get("job") or {}),
+                **(self.data["job"] or {}),
                 "id": result.job_id,
                 "status": result.job.get("status"),
                 "raw": result.job,
@@ -1841,30 +1835,47 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class RecordWriter:
-    """Writes one record path atomically; an earlier record at that path is kept under a timestamped name."""
+    """Writes one record path atomically. Unless told it is rewriting its own record, an earlier record at
+    that path is kept (with the files it names) under a timestamped name before the first write."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_earlier: bool = True) -> None:
         self.path = path
         self.kept_previous: Path | None = None
-        self._first = True
+        self._keep_earlier = keep_earlier
 
     def write(self, text: str) -> None:
-        if self._first:
-            self._first = False
+        if self._keep_earlier:
+            self._keep_earlier = False
             if self.path.exists():
                 self.kept_previous = keep_previous(self.path)
         atomic_write_text(self.path, text)
 
 
 def keep_previous(path: Path) -> Path:
-    """outputs/fox.json -> outputs/fox.20261127T041800Z.json (never overwriting another kept one)."""
+    """outputs/fox.json -> outputs/fox.20261127T041800Z.json, and its saved outputs (fox.png) likewise, so a
+    rerun with the same --out never destroys an earlier paid result. Returns the kept record's path."""
     stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
     n = 1
-    while target.exists():
+    suffix = stamp
+    while any(p.name.startswith(f"{path.stem}.{suffix}.") for p in path.parent.iterdir()):
         n += 1
-        target = path.with_name(f"{path.stem}.{stamp}-{n}{path.suffix}")
-    os.replace(path, target)
+        suffix = f"{stamp}-{n}"
+    target = path.with_name(f"{path.stem}.{suffix}{path.suffix}")
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    if not isinstance(old, dict) or not isinstance(old.get("outputs"), list):
+        os.replace(path, target)
+        return target
+    for output in old["outputs"]:
+        saved = Path(output["path"]) if isinstance(output, dict) and output.get("path") else None
+        if saved and saved.exists() and saved.parent == path.parent and saved.name.startswith(path.stem):
+            moved = saved.with_name(f"{path.stem}.{suffix}{saved.name[len(path.stem) :]}")
+            os.replace(saved, moved)
+            output["path"] = str(moved)
+    atomic_write_text(target, json.dumps(old, ensure_ascii=False, indent=2))
+    path.unlink()
     return target
 
 
@@ -2480,8 +2491,6 @@ def _echo(text: str, end: str = "\n") -> None:
 
 
 def single_command(spec: RequestSpec, out: Path | None, settings: Settings, ui: Ui, as_json: bool) -> int:
-    if spec.stream and spec.mode not in ("", "llm"):
-        raise UsageError("--stream is for llm mode only; media calls are always sent with stream=false")
     with make_client(settings) as client:
         plan = prepare_request(spec, settings, client, ui)
         if spec.stream and spec.mode != "llm":
@@ -2614,7 +2623,6 @@ def _batch_table(summary: dict[str, Any], ui: Ui) -> None:
 
 
 def show_catalogue(settings: Settings, ui: Ui, mode: str | None, model_id: str | None, as_json: bool) -> int:
-    settings.refresh_models = settings.refresh_models or False
     with make_client(settings) as client:
         catalogue = load_catalogue(client, settings, ui)
     if catalogue is None:
@@ -2705,8 +2713,7 @@ def download_record(path: Path, settings: Settings, ui: Ui, as_json: bool) -> in
     if any(o.get("needs_key") for o in outputs):
         settings.api_key = require_key()
     record = Record(data)
-    writer = RecordWriter(path)
-    writer._first = False  # rewriting our own record in place
+    writer = RecordWriter(path, keep_earlier=False)  # rewriting its own record in place
     try:
         with make_client(settings) as client:
             download_outputs(record, path, client, settings, ui)
@@ -2731,6 +2738,10 @@ def env_base_url() -> str:
 
 def run_command(typer_app: typer.Typer, args: list[str]) -> int:
     """Run a click command so that any error is one line on stderr and an exit code (shared with the wrapper)."""
+    if sys.platform == "win32":  # PowerShell consoles and pipes: print any Unicode answer, never crash on it
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(AttributeError, ValueError):
+                stream.reconfigure(encoding="utf-8")  # type: ignore[union-attr]
     verbose = "--verbose" in args or "-v" in args
     api_key = os.environ.get("POE_API_KEY", "")
     console = Console(stderr=True, highlight=False, soft_wrap=True)
