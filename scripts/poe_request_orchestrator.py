@@ -1502,7 +1502,8 @@ def extract_result(response: httpx.Response, route: Route) -> SendResult:
     if body is None:
         text = response.text
         urls = media_urls_in_text(text)
-        if urls and route.name != "responses":
+        # a body that starts like JSON but does not parse was cut off: its URLs may be cut too
+        if urls and route.name != "responses" and not text.lstrip().startswith(("{", "[")):
             return SendResult(
                 status=response.status_code,
                 body=text,
@@ -2755,14 +2756,14 @@ def run_command(typer_app: typer.Typer, args: list[str]) -> int:
         return int(exc.exit_code)
     except typer.Exit as exc:  # pragma: no cover - click turns Exit into a return value
         return int(exc.exit_code)
-    except typer.exceptions.TyperException as exc:  # click's usage errors (bad option, missing value)
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        console.print(f"error: {message} (see --help)", style="bold red", markup=False)
-        return int(ExitCode.USAGE)
     except (KeyboardInterrupt, typer.Abort):
         console.print("error: cancelled", style="bold red", markup=False)
         return int(ExitCode.CANCELLED)
-    except Exception as exc:  # a bug: one line, unless --verbose asks for the traceback
+    except Exception as exc:
+        if _is_click_usage_error(exc):  # a bad option or value, found by the option parser
+            console.print(f"error: {exc.format_message()} (see --help)", style="bold red", markup=False)  # type: ignore[attr-defined]
+            return int(ExitCode.USAGE)
+        # a bug: one line, unless --verbose asks for the traceback
         if verbose:
             console.print_exception()
         console.print(
@@ -2774,6 +2775,11 @@ def run_command(typer_app: typer.Typer, args: list[str]) -> int:
             markup=False,
         )
         return int(ExitCode.INTERNAL)
+
+
+def _is_click_usage_error(exc: Exception) -> bool:
+    """typer vendors click under a private module, so its ClickException is recognised by its shape."""
+    return hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)
 
 
 if __name__ == "__main__":
