@@ -349,6 +349,8 @@ def parse_params(params: str | None, param_pairs: list[str] | None = None) -> di
                 raise UsageError(
                     f"{source}: cannot read the file ({exc.strerror or exc}); give an existing JSON file after @"
                 ) from None
+            except UnicodeDecodeError:
+                raise UsageError(f"{source}: the file is not UTF-8 text; save it as UTF-8 JSON") from None
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -360,6 +362,8 @@ def parse_params(params: str | None, param_pairs: list[str] | None = None) -> di
             raise UsageError(
                 f'{source} must be a JSON object, not {type(value).__name__}; for example \'{{"aspect_ratio":"16:9"}}\''
             )
+        if not json_compliant(value):
+            raise UsageError(f"{source} holds NaN, Infinity or a number too large for JSON; write a finite number")
         merged.update(value)
     merged.update(parse_pairs(param_pairs, "--param", "aspect_ratio=16:9"))
     return merged
@@ -379,9 +383,20 @@ def parse_pairs(pairs: list[str] | None, option: str = "--param", example: str =
 def _param_value(raw: str) -> Any:
     """A --param value: JSON when it parses (6, true, [1,2], "x"), else the plain string."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
         return raw
+    return value if json_compliant(value) else raw  # NaN, Infinity, 1e999: not JSON, so the plain string
+
+
+def json_compliant(value: Any) -> bool:
+    """False when the value holds NaN, Infinity or a float overflow (1e999): Python's json reads them, but no
+    request body may carry them."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return False
+    return True
 
 
 def read_prompt(prompt: str | None, stdin: Any = None) -> str:
@@ -1739,7 +1754,7 @@ class Record:
 
     def set_response(self, response: httpx.Response, body: Any = None) -> None:
         headers = {k: v for k, v in response.headers.items() if k.lower() not in DROP_RESPONSE_HEADERS}
-        if (body is None and not response.is_stream_consumed) or response.is_closed:
+        if body is None:
             body = self._body_of(response)
         self.data["response"] = {"status": response.status_code, "headers": headers, "body": body}
         self.data["request_id"] = (
@@ -2116,7 +2131,8 @@ def load_batch(text: str, source: str, out_dir: Path, defaults: RequestSpec) -> 
     lines: list[BatchLine] = []
     errors: list[str] = []
     seen_out: dict[Path, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # JSONL lines end at \n only: str.splitlines() would also split inside strings holding U+2028, U+0085, ...
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         try:
@@ -2160,6 +2176,8 @@ def _batch_line(number: int, raw: str, out_dir: Path, defaults: RequestSpec) -> 
     params = obj.get("params", {})
     if not isinstance(params, dict):
         raise UsageError("'params' must be a JSON object")
+    if not json_compliant(obj):
+        raise UsageError("holds NaN, Infinity or a number too large for JSON; write a finite number")
     prompt = obj.get("prompt", defaults.prompt)
     if not prompt.strip():
         raise UsageError("'prompt' is empty")

@@ -455,3 +455,10 @@ def test_the_key_never_appears_anywhere(cli, emulator: PoeEmulator, tmp_path) ->
     for r in runs:
         assert EMULATOR_KEY not in r.stdout + r.stderr
     assert EMULATOR_KEY not in files and EMULATOR_KEY[:8] not in files
+
+
+@pytest.mark.parametrize("script", [None, WRAPPER])
+def test_help_of_both_scripts_shows_examples(cli, script) -> None:
+    r = cli("--help") if script is None else cli("--help", script=script)
+    assert r.code == 0
+    assert "Examples:" in r.stdout and "uv run scripts/" in r.stdout
