@@ -188,3 +188,35 @@ def _chat_answer(content: str) -> dict:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
+
+
+def test_ctrl_c_during_a_stream_keeps_what_arrived(emulator: PoeEmulator, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cli_runner import ORCHESTRATOR, cli_env, validate_record
+    from conftest import EMULATOR_KEY
+
+    emulator.latency = 8.0  # spread over the chunks: about half a second between words
+    words = " ".join(f"w{i}" for i in range(12))
+    args = ["--mode", "llm", "--model", "gpt-5", "--prompt", words, "--stream", "--out", "s.json"]
+    env = cli_env(emulator.base_url, EMULATOR_KEY, tmp_path / ".cache")
+    proc = subprocess.Popen([sys.executable, str(ORCHESTRATOR), *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + 30
+    while b"w1" not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.read1(100)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    record = json.loads((tmp_path / "s.json").read_text())
+    validate_record(record)
+    assert record["state"] == "cancelled" and record["error"]["kind"] == "cancelled"
+    arrived = record["response"]["body"]["text"]
+    assert arrived.startswith("Echo from gpt-5: w0 w1") and len(arrived) < len("Echo from gpt-5: " + words)
+    assert record["text"] == arrived
+    assert b"Traceback" not in err
