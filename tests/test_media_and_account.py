@@ -211,7 +211,7 @@ def test_ctrl_c_during_a_stream_keeps_what_arrived(emulator: PoeEmulator, tmp_pa
     while b"w1" not in seen and time.monotonic() < deadline:
         seen += proc.stdout.read1(100)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    rest, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     record = json.loads((tmp_path / "s.json").read_text())
     validate_record(record)
@@ -220,3 +220,4 @@ def test_ctrl_c_during_a_stream_keeps_what_arrived(emulator: PoeEmulator, tmp_pa
     assert arrived.startswith("Echo from gpt-5: w0 w1") and len(arrived) < len("Echo from gpt-5: " + words)
     assert record["text"] == arrived
     assert b"Traceback" not in err
+    assert (seen + rest).decode() == arrived + "\n"  # what was printed is what was kept
