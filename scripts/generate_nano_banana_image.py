@@ -27,7 +27,8 @@ Examples:
   uv run scripts/generate_nano_banana_image.py --prompt "A lighthouse" --model nano-banana-pro --download
 
 Any orchestrator option may follow (see poe_request_orchestrator.py --help). Exit codes are the
-orchestrator's: 0 ok, 2 bad input, 3 key, 4 points, 5 rejected, 6 rate limited, 7 server, 8 network, 9 no media.
+orchestrator's: 0 ok, 2 bad input, 3 key, 4 points, 5 rejected, 6 rate limited, 7 server, 8 network,
+9 no media, 10 download failed, 130 cancelled.
 """
 
 app = typer.Typer(

@@ -216,7 +216,14 @@ def prepare_request(
         raise UsageError(f"--mode {spec.mode!r} is not a mode; choose one of: {', '.join(MODES)}")
     if catalogue and catalogue.find(spec.model) is None:
         ui.warn(f"model {spec.model!r} is not in the catalogue; sending anyway" + _did_you_mean(spec.model, catalogue))
-    return plan_request(spec, settings.base_url, catalogue)
+    plan = plan_request(spec, settings.base_url, catalogue)
+    try:  # an argument with bytes that are not UTF-8 arrives as lone surrogates, which no request can carry
+        json.dumps([plan.request.body, spec.labels], ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            "the prompt, --system, a parameter or a label holds bytes that are not UTF-8; pass UTF-8 text"
+        ) from None
+    return plan
 
 
 def run_request(
@@ -400,13 +407,16 @@ def json_compliant(value: Any) -> bool:
 
 
 def read_prompt(prompt: str | None, stdin: Any = None) -> str:
-    """``--prompt -`` (or no --prompt with piped stdin) reads the prompt from stdin."""
+    """``--prompt -`` (or no --prompt with piped stdin) reads the prompt from stdin, exactly as given."""
     stdin = stdin if stdin is not None else sys.stdin
     if prompt == "-" or (prompt is None and stdin is not None and not stdin.isatty()):
-        text = stdin.read()
-        if prompt is None and not text.strip():
-            raise UsageError("no prompt given; pass --prompt TEXT, or --prompt - to read it from stdin")
-        return text.rstrip("\n") if prompt is None else text
+        try:
+            text = stdin.read()
+        except UnicodeDecodeError:
+            raise UsageError("the prompt on stdin is not UTF-8 text; convert it to UTF-8 first") from None
+        if not text.strip():
+            raise UsageError("the prompt on stdin is empty; pipe some text in, or pass --prompt TEXT")
+        return text  # exactly as read, trailing newline included: the record must reproduce it
     if prompt is None or not prompt.strip():
         raise UsageError("no prompt given; pass --prompt TEXT, or --prompt - to read it from stdin")
     return prompt
@@ -503,6 +513,11 @@ def require_key(env: Mapping[str, str] | None = None) -> str:
     if not key:
         raise AuthenticationError(
             "POE_API_KEY is not set", hint="Create a key at https://poe.com/api/keys and export POE_API_KEY=..."
+        )
+    if not re.fullmatch(r"[\x21-\x7e]+", key):  # a paste gone wrong; httpx would quote it whole in an error
+        raise AuthenticationError(
+            "POE_API_KEY holds a space, a line break or a character outside ASCII, so it cannot be sent",
+            hint="Copy the key again from https://poe.com/api/keys and export POE_API_KEY=...",
         )
     return key
 
@@ -784,10 +799,7 @@ def choose_route(
 
 
 def _build(spec: RequestSpec, route: Route, model: ModelInfo | None, images: list[ImageInput], base_url: str) -> Plan:
-    params, notes = map_params(spec.mode, route.name, spec.params, model)
-    if spec.validate and model is not None:
-        extra = DIRECT_FIELDS.get(spec.mode, frozenset()) if route.name == "direct" else frozenset()
-        params = validate_params(params, model, extra)
+    params, notes = route_params(spec.mode, route.name, spec.params, model, validate=spec.validate)
     url = base_url.rstrip("/") + route.endpoint
     if route.name == "responses":
         body = build_responses_body(spec, params, images)
@@ -858,7 +870,7 @@ def _summarise_b64(b64: Any) -> Any:
 
 
 # --- Parameter mapping -------------------------------------------------------------------------------
-# One table says what each common parameter becomes on each route; map_params() implements it, the tests
+# One table says what each common parameter becomes on each route; route_params() implements it, the tests
 # check every row, and references/parameter-mapping.md is generated from it (--parameter-mapping).
 
 
@@ -906,7 +918,7 @@ PARAMETER_MAPPING: tuple[MappingRow, ...] = (
     MappingRow(
         "video",
         {"negative_prompt": "rain"},
-        {"negative_prompt": "rain"},
+        {"no": "rain"},
         {"no": "rain"},
         model="veo-3.1",
         note="renamed only when the model declares 'no'",
@@ -930,10 +942,10 @@ PARAMETER_MAPPING: tuple[MappingRow, ...] = (
     MappingRow(
         "video",
         {"seed": 42},
-        {"seed": 42},
+        {"seed": "42"},
         {"seed": "42"},
         model="veo-3.1",
-        note="chat: converted to the declared type (veo-3.1 declares a string)",
+        note="converted to the declared type (veo-3.1 declares a string)",
     ),
     MappingRow(
         "llm",
@@ -943,6 +955,17 @@ PARAMETER_MAPPING: tuple[MappingRow, ...] = (
         note="llm: 'direct' is the Responses API (--api responses)",
     ),
 )
+
+
+def route_params(
+    mode: str, route: str, params: dict[str, Any], model: ModelInfo | None, *, validate: bool = True
+) -> tuple[dict[str, Any], list[str]]:
+    """The parameters exactly as they will be sent on this route: mapped, then checked against the catalogue."""
+    mapped, notes = map_params(mode, route, params, model)
+    if validate and model is not None:
+        extra = DIRECT_FIELDS.get(mode, frozenset()) if route == "direct" else frozenset()
+        mapped = validate_params(mapped, model, extra)
+    return mapped, notes
 
 
 def map_params(mode: str, route: str, params: dict[str, Any], model: ModelInfo | None) -> tuple[dict, list[str]]:
@@ -978,7 +1001,8 @@ def _seconds(value: Any) -> int:
 def _map_video(p: dict[str, Any], route: str, declared: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
     duration = p.pop("duration", None)
     seconds = p.pop("seconds", None)
-    length = _seconds(duration if duration is not None else seconds) if (duration or seconds) is not None else None
+    given = duration if duration is not None else seconds
+    length = _seconds(given) if given is not None else None
     resolution = p.get("resolution")
     aspect = p.get("aspect_ratio")
     if route == "direct":
@@ -998,8 +1022,9 @@ def _map_video(p: dict[str, Any], route: str, declared: Mapping[str, Any], notes
                 p.setdefault("resolution", f"{min(int(width), int(height))}p")
                 p.setdefault("aspect_ratio", "16:9" if int(width) >= int(height) else "9:16")
                 notes.append("size -> resolution + aspect_ratio")
-        if "negative_prompt" in p and "no" in declared:
-            p["no"] = p.pop("negative_prompt")
+    if "negative_prompt" in p and "no" in declared:
+        p["no"] = p.pop("negative_prompt")
+        notes.append("negative_prompt -> no")
     return p
 
 
@@ -1835,11 +1860,12 @@ def _now_iso() -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target."""
+    """Write to a temp file in the same folder, fsync, then rename over the target. A lone surrogate (a path
+    from an argument that was not UTF-8) is written as its JSON escape \\udcXX rather than lost with the record."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n", errors="backslashreplace") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -2260,7 +2286,9 @@ def run_batch(
         record = run_request(line.spec, line.plan, settings, client=client, ui=BatchUi(ui, counters, lock), gate=gate)
         with lock:
             counters["done" if record.ok else "failed"] += 1
-        results[line.number] = _summary_row(line, record)
+        row = _summary_row(line, record)
+        row["error"] = redact(row["error"], settings.api_key) if row["error"] else None  # Poe may echo the key
+        results[line.number] = row
 
     cancelled = False
     show = not ui.quiet and ui.console.is_terminal
@@ -2505,7 +2533,10 @@ def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _echo(text: str, end: str = "\n") -> None:
-    sys.stdout.write(text + end)
+    try:
+        sys.stdout.write(text + end)
+    except UnicodeEncodeError:  # a path with bytes that are not UTF-8: print it escaped, not crash after paying
+        sys.stdout.write((text + end).encode("utf-8", "backslashreplace").decode("utf-8"))
     sys.stdout.flush()
 
 
@@ -2574,6 +2605,8 @@ def batch_command(
             text = path.read_text(encoding="utf-8-sig")
         except OSError as exc:
             raise UsageError(f"--batch {source}: cannot read it ({exc.strerror or exc}); give a JSONL file") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--batch {source}: the file is not UTF-8 text; save it as UTF-8") from None
         name, stem = source, path.stem
     if prompt and prompt != "-":
         defaults.prompt = prompt
@@ -2728,7 +2761,9 @@ def download_record(path: Path, settings: Settings, ui: Ui, as_json: bool) -> in
         raise UsageError(f"--download-from {path}: not a readable record ({type(exc).__name__})") from None
     if not any(o.get("url") and not o.get("path") for o in outputs):
         ui.note("nothing to download: every output already has a file")
-    settings.base_url = data.get("base_url") or settings.base_url
+    if data.get("base_url") and str(data["base_url"]).rstrip("/") != settings.base_url:
+        # a record is data, not configuration: the key goes only to the API this run is configured for
+        ui.warn(f"the record was made against {data['base_url']}; the key is sent only to {settings.base_url}")
     if any(o.get("needs_key") for o in outputs):
         settings.api_key = require_key()
     record = Record(data)
@@ -2782,8 +2817,10 @@ def run_command(typer_app: typer.Typer, args: list[str]) -> int:
             console.print(f"error: {exc.format_message()} (see --help)", style="bold red", markup=False)  # type: ignore[attr-defined]
             return int(ExitCode.USAGE)
         # a bug: one line, unless --verbose asks for the traceback
-        if verbose:
-            console.print_exception()
+        if verbose:  # the traceback, with the key taken out of any message that quotes it
+            import traceback
+
+            console.print(redact("".join(traceback.format_exception(exc)), api_key), markup=False)
         console.print(
             redact(
                 f"error: internal error {type(exc).__name__}: {exc} (please report; --verbose shows the traceback)",

@@ -177,8 +177,8 @@ def models() -> dict[str, poe.ModelInfo]:
 def test_parameter_mapping_table(row: poe.MappingRow, models) -> None:
     model = models.get(row.model) if row.model else None
     direct_route = "responses" if row.mode == "llm" else "direct"
-    assert poe.map_params(row.mode, direct_route, dict(row.given), model)[0] == row.direct
-    assert poe.map_params(row.mode, "chat", dict(row.given), model)[0] == row.chat
+    assert poe.route_params(row.mode, direct_route, dict(row.given), model)[0] == row.direct
+    assert poe.route_params(row.mode, "chat", dict(row.given), model)[0] == row.chat
 
 
 def test_sora_keeps_size_on_chat_because_it_declares_it(models) -> None:
