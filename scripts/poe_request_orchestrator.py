@@ -245,6 +245,7 @@ def run_request(
     client = client or make_client(settings)
     record = Record.start(spec, settings)
     writer = RecordWriter(spec.out) if spec.out else None
+    record.path = spec.out
     try:
         _run(spec, plan, settings, client, ui, gate or RateGate(), record, writer)
     except PoeError as exc:
@@ -279,20 +280,21 @@ def _run(
     record.set_plan(plan)
     if settings.track_points:
         record.data["points"] = {"before": fetch_balance(client, settings), "after": None, "spent": None}
-    _save(record, writer, settings)  # a pending record exists before any paid call
+    _save(record, writer, settings, fsync=False)  # a pending record exists before any paid call
     sender = Sender(client, settings, ui, gate, record)
     llm = spec.mode == "llm"
     waiting = contextlib.nullcontext() if plan.request.stream else ui.status(f"{spec.model} via {plan.route.endpoint}")
     with waiting:
-        response = sender.send(plan.request, paid=True, llm=llm, stream=plan.request.stream)
+        response = sender.send(plan.request, paid=True, llm=llm, stream=plan.request.stream or not llm)
         if response.status_code in (404, 405) and plan.fallback is not None:
             ui.warn(
                 f"{plan.request.url} answered {response.status_code} (nothing charged); falling back to the chat route"
             )
+            response.close()
             plan = plan.fallback
             record.set_plan(plan, fell_back=True)
-            response = sender.send(plan.request, paid=True, llm=llm, stream=False)
-        result = sender.finish(response, plan, stream=plan.request.stream)
+            response = sender.send(plan.request, paid=True, llm=llm, stream=not llm)
+        result = sender.finish(response, plan)
     if result.job_id:
         poll_video_job(sender, plan, result, ui)
     record.set_result(result)
@@ -324,9 +326,10 @@ def infer_mode(model_id: str, catalogue: Catalogue | None) -> str:
     return model.modes[0]
 
 
-def _save(record: Record, writer: RecordWriter | None, settings: Settings) -> None:
+def _save(record: Record, writer: RecordWriter | None, settings: Settings, *, fsync: bool = True) -> None:
+    """Write the record atomically; the final write is also fsynced, the pending one need not be."""
     if writer is not None:
-        writer.write(record.to_json(settings.api_key))
+        writer.write(record.to_json(settings.api_key), fsync=fsync)
 
 
 # =====================================================================================================
@@ -1125,25 +1128,39 @@ class RetryableFailure(Exception):
 
 
 class RateGate:
-    """One gate for every worker of a run: a 429's Retry-After pauses them all; afterwards requests
-    resume gradually (one at a time, the allowance doubling with each success)."""
+    """One gate for every worker of a run. A 429 pauses them all for its Retry-After; afterwards requests
+    resume gradually: one in flight, the allowance doubling with each success, and request starts spaced
+    by an interval that doubles with each 429 and shrinks by a tenth with each success (so a batch settles
+    near the rate Poe allows instead of provoking a 429 per request)."""
 
-    def __init__(self, concurrency: int = 1, sleep: Callable[[float], None] = time.sleep) -> None:
+    MIN_INTERVAL_S = 0.05
+    MAX_INTERVAL_S = 5.0
+
+    def __init__(self, concurrency: int = 1) -> None:
         self.concurrency = max(1, concurrency)
         self._cond = threading.Condition()
         self._paused_until = 0.0
+        self._interval = 0.0
+        self._next_start = 0.0
         self._allowance = self.concurrency
         self._in_flight = 0
-        self._sleep = sleep
         self.pauses = 0
 
     def pause(self, seconds: float) -> None:
+        """A 429: hold every worker for `seconds`, then restart slowly."""
         with self._cond:
             until = time.monotonic() + seconds
             if until > self._paused_until:
                 self._paused_until = until
                 self.pauses += 1
             self._allowance = 1
+            self._interval = min(self.MAX_INTERVAL_S, max(self.MIN_INTERVAL_S, self._interval * 2))
+
+    def succeeded(self) -> None:
+        with self._cond:
+            self._allowance = min(self.concurrency, self._allowance * 2)
+            self._interval = self._interval * 0.9 if self._interval > self.MIN_INTERVAL_S / 2 else 0.0
+            self._cond.notify_all()
 
     def waiting_s(self) -> float:
         return max(0.0, self._paused_until - time.monotonic())
@@ -1152,23 +1169,21 @@ class RateGate:
     def slot(self) -> Iterator[None]:
         with self._cond:
             while True:
-                wait = self._paused_until - time.monotonic()
+                now = time.monotonic()
+                wait = max(self._paused_until, self._next_start) - now
                 if wait > 0:
                     self._cond.wait(timeout=wait)
-                    continue
-                if self._in_flight < self._allowance:
+                elif self._in_flight < self._allowance:
                     break
-                self._cond.wait(timeout=0.5)
+                else:
+                    self._cond.wait(timeout=0.5)
             self._in_flight += 1
-        ok = False
+            self._next_start = time.monotonic() + self._interval
         try:
             yield
-            ok = True
         finally:
             with self._cond:
                 self._in_flight -= 1
-                if ok and self._allowance < self.concurrency:
-                    self._allowance = min(self.concurrency, self._allowance * 2)
                 self._cond.notify_all()
 
 
@@ -1265,6 +1280,8 @@ class Sender:
                 self.ui.debug(f"{req.method} {req.url}")
                 request = self.client.build_request(req.method, req.url, json=req.body, headers=headers)
                 response = self.client.send(request, stream=stream)
+                if stream and not req.stream and not is_binary_media(response):
+                    response.read()  # a JSON answer is read here, so a cut body counts as a lost connection
         except NOT_SENT_ERRORS as exc:
             entry.update(error=f"{type(exc).__name__}: not sent", elapsed_s=_since(started))
             raise RetryableFailure(f"could not connect ({type(exc).__name__})", error=exc) from None
@@ -1278,7 +1295,10 @@ class Sender:
                 hint="Check your Poe usage before retrying, or pass --retry-uncertain to retry such failures.",
             ) from None
         entry.update(status=response.status_code, elapsed_s=_since(started))
-        if response.status_code < 400 or response.status_code in (404, 405):
+        if response.status_code < 400:
+            self.gate.succeeded()
+            return response
+        if response.status_code in (404, 405):
             return response
         if stream:
             response.read()
@@ -1325,17 +1345,35 @@ class Sender:
         )
 
     # -- reading the answer ------------------------------------------------------------------------
-    def finish(self, response: httpx.Response, plan: Plan, *, stream: bool) -> SendResult:
-        """Read the final response into a SendResult (streaming prints text as it arrives)."""
+    def finish(self, response: httpx.Response, plan: Plan) -> SendResult:
+        """Read the final response into a SendResult. A streamed llm answer is printed as it arrives; a
+        media file sent as the body itself is streamed to disk beside the record, never held in memory."""
         if response.status_code in (404, 405):
-            if stream:
-                response.read()
+            response.read()
             self.record.set_response(response)
             raise error_from_response(response, self.record.data.get("model", ""))
-        if stream:
+        if plan.request.stream:
             return read_stream(response, self.record, self.ui)
+        if is_binary_media(response) and self.record.path is not None:
+            return self._save_binary_body(response)
+        response.read()
         self.record.set_response(response)
         return extract_result(response, plan.route)
+
+    def _save_binary_body(self, response: httpx.Response) -> SendResult:
+        assert self.record.path is not None
+        try:
+            output = _stream_to_file(response, self.record.path, 0, 1, self.ui)
+        except httpx.HTTPError as exc:
+            raise NetworkError(
+                f"the media answer was cut off while saving it ({type(exc).__name__}); it may have been charged",
+                hint="Check your Poe usage before retrying.",
+            ) from None
+        finally:
+            response.close()
+        summary = {"binary": True, "content_type": output["content_type"], "bytes": output["bytes"]}
+        self.record.set_response(response, body=summary)
+        return SendResult(status=response.status_code, body=None, outputs=[{**output, "source": "binary body"}])
 
     def get_json(self, url: str) -> dict[str, Any]:
         """A free GET (polls): every transient failure is retried."""
@@ -1522,10 +1560,15 @@ ERROR_TYPE_STATUS = {
 }
 
 
+def is_binary_media(response: httpx.Response) -> bool:
+    ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    return ctype.startswith(("image/", "audio/", "video/")) or ctype == "application/octet-stream"
+
+
 def extract_result(response: httpx.Response, route: Route) -> SendResult:
     """Pull the text, every media URL or inline file, the usage and the job id out of a 2xx answer."""
     ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype.startswith(("image/", "audio/", "video/")) or ctype == "application/octet-stream":
+    if is_binary_media(response):
         return SendResult(
             status=response.status_code,
             body=None,
@@ -1859,16 +1902,18 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over the target. A lone surrogate (a path
-    from an argument that was not UTF-8) is written as its JSON escape \\udcXX rather than lost with the record."""
+def atomic_write_text(path: Path, text: str, *, fsync: bool = True) -> None:
+    """Write to a temp file in the same folder, fsync (unless told not to), then rename over the target.
+    A lone surrogate (a path from an argument that was not UTF-8) is written as its JSON escape \\udcXX
+    rather than lost with the record."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n", errors="backslashreplace") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -1885,12 +1930,12 @@ class RecordWriter:
         self.kept_previous: Path | None = None
         self._keep_earlier = keep_earlier
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, *, fsync: bool = True) -> None:
         if self._keep_earlier:
             self._keep_earlier = False
             if self.path.exists():
                 self.kept_previous = keep_previous(self.path)
-        atomic_write_text(self.path, text)
+        atomic_write_text(self.path, text, fsync=fsync)
 
 
 def keep_previous(path: Path) -> Path:
@@ -2207,6 +2252,8 @@ def _batch_line(number: int, raw: str, out_dir: Path, defaults: RequestSpec) -> 
     prompt = obj.get("prompt", defaults.prompt)
     if not prompt.strip():
         raise UsageError("'prompt' is empty")
+    if not obj.get("model", defaults.model).strip():
+        raise UsageError("'model' is empty")
     line_id = obj.get("id") or f"line-{number:04d}"
     if not re.fullmatch(r"[\w.-]{1,100}", line_id):
         raise UsageError(f"id {line_id!r} may use only letters, digits, '.', '_' and '-'")
