@@ -45,16 +45,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # httpx imports its optional command-line client (click, pygments, rich.syntax) whenever those happen to be
 # installed. This tool never uses it; declaring it absent saves about a third of start-up (benchmarks/).
 sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import httpx  # noqa: E402
-import tenacity  # noqa: E402
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
+
+if TYPE_CHECKING:  # imported where used, so that paths which never retry or print pay nothing for them
+    import tenacity
+    from rich.console import Console
 
 # =====================================================================================================
 # 1. Public surface
@@ -261,7 +263,12 @@ def run_request(
     finally:
         if own_client:
             client.close()
-    _save(record, writer, settings)
+    try:
+        _save(record, writer, settings)
+    except OSError as exc:  # disk full, folder gone: the answer must still reach the user
+        record.save_error = (
+            f"could not write the record {spec.out} ({exc.strerror or exc}); only its pending copy remains"
+        )
     record.path = writer.path if writer else None
     record.kept_previous = writer.kept_previous if writer else None
     return record
@@ -801,7 +808,16 @@ def choose_route(
     return Route("chat", "/chat/completions", f"{model.id} does not list {endpoint} in supported_endpoints ({source})")
 
 
+# Body fields the tool fills from its own options: a parameter may not silently replace them.
+RESERVED_PARAMS = {"model": "--model", "messages": "--prompt", "prompt": "--prompt", "input": "--prompt",
+                   "stream": "--stream"}  # fmt: skip
+
+
 def _build(spec: RequestSpec, route: Route, model: ModelInfo | None, images: list[ImageInput], base_url: str) -> Plan:
+    for name in spec.params:
+        if name in RESERVED_PARAMS:
+            raise UsageError(f"parameter {name!r} would replace what {RESERVED_PARAMS[name]} sets; use "
+                             f"{RESERVED_PARAMS[name]} instead")  # fmt: skip
     params, notes = route_params(spec.mode, route.name, spec.params, model, validate=spec.validate)
     url = base_url.rstrip("/") + route.endpoint
     if route.name == "responses":
@@ -1187,25 +1203,14 @@ class RateGate:
                 self._cond.notify_all()
 
 
-class wait_retry_after(tenacity.wait.wait_base):
-    """Honour the server's Retry-After when it gave one; otherwise the fallback backoff."""
-
-    def __init__(self, fallback: tenacity.wait.wait_base) -> None:
-        self.fallback = fallback
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        if isinstance(exc, RetryableFailure) and exc.retry_after is not None:
-            return exc.retry_after
-        return self.fallback(retry_state)
-
-
-class wait_jittered_exponential(tenacity.wait.wait_base):
-    """min(0.5 * 2^n, 8) s shortened by up to 25 % random jitter, as openai-python does."""
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        base: float = tenacity.wait_exponential(multiplier=BACKOFF_INITIAL_S, max=BACKOFF_MAX_S)(retry_state)
-        return base * (1 - 0.25 * random.random())
+def wait_for_retry(retry_state: tenacity.RetryCallState) -> float:
+    """The wait before the next try: the server's Retry-After when it gave one, else the openai-python
+    backoff, min(0.5 * 2^n, 8) s shortened by up to 25 % random jitter."""
+    exc = retry_state.outcome.exception() if retry_state.outcome else None
+    if isinstance(exc, RetryableFailure) and exc.retry_after is not None:
+        return exc.retry_after
+    backoff = min(BACKOFF_INITIAL_S * 2 ** (retry_state.attempt_number - 1), BACKOFF_MAX_S)
+    return backoff * (1 - 0.25 * random.random())
 
 
 @dataclass
@@ -1246,9 +1251,11 @@ class Sender:
         """Send with retries. Returns the final response (2xx, or 404/405 for the fallback decision);
         raises a PoeError subclass for anything else."""
         retry_uncertain = llm or not paid or self.settings.retry_uncertain
+        import tenacity
+
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.max_retries + 1),
-            wait=wait_retry_after(wait_jittered_exponential()),
+            wait=wait_for_retry,
             retry=tenacity.retry_if_exception(self._should_retry),
             before_sleep=self._before_sleep,
             sleep=self.sleep,
@@ -1761,6 +1768,7 @@ class Record:
         self.started = time.monotonic()
         self.path: Path | None = None
         self.kept_previous: Path | None = None
+        self.save_error: str | None = None
 
     @classmethod
     def start(cls, spec: RequestSpec, settings: Settings) -> Record:
@@ -2107,12 +2115,21 @@ class Ui:
         console: Console | None = None,
         stream_out: Any = None,
     ) -> None:
-        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
+        self._console = console
         self.quiet = quiet
         self.verbose = verbose
         self.api_key = api_key
         self.stream_out = stream_out or sys.stdout
         self._streamed = False
+
+    @property
+    def console(self) -> Console:
+        """rich's stderr console, made on first use: a run that prints nothing never imports rich."""
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self._console
 
     def _print(self, style: str, text: str) -> None:
         self.console.print(redact(text, self.api_key), style=style, markup=False)
@@ -2611,6 +2628,9 @@ def single_command(spec: RequestSpec, out: Path | None, settings: Settings, ui: 
     if record.kept_previous:
         ui.note(f"kept the earlier record as {record.kept_previous}")
     report(record, ui, as_json, settings.api_key, streamed=plan.request.stream)
+    if record.save_error:
+        ui.error(record.save_error)
+        return ExitCode.INTERNAL
     return record.exit_code
 
 
@@ -2758,11 +2778,14 @@ def show_catalogue(settings: Settings, ui: Ui, mode: str | None, model_id: str |
     table = Table("id", "modes", "routes", "declared parameters", title=f"{len(models)} models")
     for m in models:
         table.add_row(m.id, ", ".join(m.modes), ", ".join(m.routes()), ", ".join(sorted(m.parameters or {})))
+    from rich.console import Console
+
     Console(highlight=False, soft_wrap=True).print(table)
     return ExitCode.OK
 
 
 def _print_model(model: ModelInfo) -> None:
+    from rich.console import Console
     from rich.table import Table
 
     console = Console(highlight=False, soft_wrap=True)
@@ -2845,37 +2868,28 @@ def run_command(typer_app: typer.Typer, args: list[str]) -> int:
                 stream.reconfigure(encoding="utf-8")  # type: ignore[union-attr]
     verbose = "--verbose" in args or "-v" in args
     api_key = os.environ.get("POE_API_KEY", "")
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    ui = Ui(api_key=api_key)  # its console is made only if an error is printed
     try:
         command = typer.main.get_command(typer_app)
         result = command.main(args=args, prog_name=Path(sys.argv[0]).name, standalone_mode=False)
         return int(result or 0)
     except PoeError as exc:
-        message = exc.message + (f" — {exc.hint}" if exc.hint else "")
-        console.print(redact(f"error: {message}", api_key), style="bold red", markup=False)
+        ui.error(exc.message + (f" — {exc.hint}" if exc.hint else ""))
         return int(exc.exit_code)
     except typer.Exit as exc:  # pragma: no cover - click turns Exit into a return value
         return int(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        console.print("error: cancelled", style="bold red", markup=False)
+        ui.error("cancelled")
         return int(ExitCode.CANCELLED)
     except Exception as exc:
         if _is_click_usage_error(exc):  # a bad option or value, found by the option parser
-            console.print(f"error: {exc.format_message()} (see --help)", style="bold red", markup=False)  # type: ignore[attr-defined]
+            ui.error(f"{exc.format_message()} (see --help)")  # type: ignore[attr-defined]
             return int(ExitCode.USAGE)
-        # a bug: one line, unless --verbose asks for the traceback
-        if verbose:  # the traceback, with the key taken out of any message that quotes it
+        if verbose:  # a bug: the traceback on request, with the key taken out of any message quoting it
             import traceback
 
-            console.print(redact("".join(traceback.format_exception(exc)), api_key), markup=False)
-        console.print(
-            redact(
-                f"error: internal error {type(exc).__name__}: {exc} (please report; --verbose shows the traceback)",
-                api_key,
-            ),
-            style="bold red",
-            markup=False,
-        )
+            ui.console.print(redact("".join(traceback.format_exception(exc)), api_key), markup=False)
+        ui.error(f"internal error {type(exc).__name__}: {exc} (please report; --verbose shows the traceback)")
         return int(ExitCode.INTERNAL)
 
 

@@ -462,3 +462,10 @@ def test_help_of_both_scripts_shows_examples(cli, script) -> None:
     r = cli("--help") if script is None else cli("--help", script=script)
     assert r.code == 0
     assert "Examples:" in r.stdout and "uv run scripts/" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["model", "messages", "stream"])
+def test_a_parameter_may_not_replace_what_the_tool_sets(cli, emulator: PoeEmulator, name) -> None:
+    r = cli("--mode", "llm", "--model", "legacy-bot", "--prompt", "hi", "--param", f"{name}=x", "--no-validate")
+    assert r.code == 2 and f"parameter '{name}' would replace" in r.error_lines[0]
+    assert emulator.paid_calls() == []

@@ -133,8 +133,9 @@ def test_a_crash_writing_the_final_record_keeps_the_earlier_result_whole(
     monkeypatch.setattr(poe, "atomic_write_text", crash_on_the_final_write)
     capsys.readouterr()
     code = poe.main([*args, "--prompt", "second"])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert code == 1 and "No space left on device" in err and "Traceback" not in err
+    assert out == "Echo from gpt-5: second\n"  # the paid answer still reaches the user
     assert writes == ["pending", "succeeded"]
     [kept] = [p for p in tmp_path.iterdir() if KEPT.match(p.name)]
     assert kept.read_text(encoding="utf-8") == earlier  # the earlier paid answer, byte for byte
