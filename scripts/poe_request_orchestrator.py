@@ -1249,10 +1249,11 @@ class Sender:
     # -- one request, retried -----------------------------------------------------------------------
     def send(self, req: PreparedRequest, *, paid: bool, llm: bool, stream: bool = False) -> httpx.Response:
         """Send with retries. Returns the final response (2xx, or 404/405 for the fallback decision);
-        raises a PoeError subclass for anything else."""
-        retry_uncertain = llm or not paid or self.settings.retry_uncertain
+        raises a PoeError subclass for anything else. With stream=True it returns once the headers are in
+        (an SSE answer or a binary media body is then read by finish())."""
         import tenacity
 
+        retry_uncertain = llm or not paid or self.settings.retry_uncertain
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.max_retries + 1),
             wait=wait_for_retry,
@@ -2347,7 +2348,17 @@ def run_batch(
             results[line.number] = _summary_row(line, None, cancelled=True)
             return
         assert line.plan is not None
-        record = run_request(line.spec, line.plan, settings, client=client, ui=BatchUi(ui, counters, lock), gate=gate)
+        try:
+            record = run_request(
+                line.spec, line.plan, settings, client=client, ui=BatchUi(ui, counters, lock), gate=gate
+            )
+        except Exception as exc:  # a bug on one line must not lose the others (its record says what happened)
+            with lock:
+                counters["failed"] += 1
+            row = _summary_row(line, None) | {"state": "failed", "exit_code": int(ExitCode.INTERNAL),
+                                              "error": f"internal error {type(exc).__name__}: {exc}"}  # fmt: skip
+            results[line.number] = row | {"error": redact(row["error"], settings.api_key)}
+            return
         with lock:
             counters["done" if record.ok else "failed"] += 1
         row = _summary_row(line, record)
@@ -2409,7 +2420,7 @@ def _summary_row(
         "out": str(line.spec.out),
         "state": state,
         "ok": skipped or bool(record and record.ok),
-        "exit_code": record.exit_code if record else 0,
+        "exit_code": record.exit_code if record else int(ExitCode.CANCELLED) if cancelled else 0,
         "error": error.get("message") if error else None,
         "outputs": [o.get("path") or o.get("url") for o in (record.data["outputs"] if record else [])],
     }
