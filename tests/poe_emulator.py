@@ -129,6 +129,32 @@ class Drop:
     delay: float = 0.0
 
 
+def chat_completion(
+    content: str,
+    model: str = "gpt-5",
+    *,
+    usage: dict[str, int] | None = None,
+    created: int = 0,
+    completion_id: str = "chatcmpl-x",
+) -> dict[str, Any]:
+    """A chat completion in the observed Poe shape (what the emulator answers, and what tests script)."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage or {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+
+
 def error_reply(
     status: int,
     type_: str,
@@ -1015,21 +1041,7 @@ class PoeEmulator:
             gen = self._chat_stream(completion_id, created, model["id"], answer, usage, include_usage)
             return Response(gen, status=200, content_type="text/event-stream; charset=utf-8")
         return self._json(
-            {
-                "id": completion_id,
-                "object": "chat.completion",
-                "created": created,
-                "model": model["id"],
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": answer, "refusal": None},
-                        "finish_reason": "stop",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": usage,
-            }
+            chat_completion(answer, model["id"], usage=usage, created=created, completion_id=completion_id)
         )
 
     def _chat_stream(

@@ -21,22 +21,11 @@ from typing import Any
 import pytest
 from cli_runner import ORCHESTRATOR, cli_env, validate_record
 from conftest import EMULATOR_KEY
-from poe_emulator import Drop, PoeEmulator, Reply, error_reply
+from poe_emulator import Drop, PoeEmulator, Reply, chat_completion, error_reply
 
 IMAGE = ("--mode", "image", "--model", "nano-banana-2", "--prompt", "x")
 LLM = ("--mode", "llm", "--model", "gpt-5", "--prompt", "hi")
 VIDEO = ("--mode", "video", "--model", "veo-3.1", "--prompt", "x")
-
-
-def chat_answer(content: str, model: str = "gpt-5") -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
 
 
 def sse(*events: Any) -> str:
@@ -193,7 +182,7 @@ def test_error_event_inside_a_stream_keeps_the_partial_text(cli, emulator: PoeEm
 
 
 def test_slow_llm_answer_past_timeout_is_retried(cli, emulator: PoeEmulator) -> None:
-    emulator.script("POST", "/v1/chat/completions", Reply(200, json=chat_answer("too late"), delay=4))
+    emulator.script("POST", "/v1/chat/completions", Reply(200, json=chat_completion("too late"), delay=4))
     started = time.monotonic()
     r = cli(*LLM, "--timeout", "1", "--out", "o.json")
     assert r.code == 0, r.stderr

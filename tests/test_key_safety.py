@@ -21,7 +21,7 @@ import pytest
 from cli_runner import CliResult, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from poe_emulator import PoeEmulator, Reply, error_reply
+from poe_emulator import PoeEmulator, Reply, chat_completion, error_reply
 
 # Letters only: no piece of it is all digits (the redaction rule leaves those, as they match timestamps).
 KEY = "poe-" + "".join(secrets.choice(string.ascii_letters) for _ in range(44))
@@ -34,17 +34,6 @@ def pieces(key: str) -> set[str]:
 
 def leaks(text: str, key: str = KEY) -> list[str]:
     return sorted(p for p in pieces(key) if p in text)
-
-
-def chat_answer(content: str, model: str = "nano-banana-pro") -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
 
 
 @pytest.fixture
@@ -76,7 +65,7 @@ def test_the_key_never_leaks_and_never_leaves_the_api_host(keyed: PoeEmulator, t
     emu.redirect_content_to_alt_host = True
     run("video", "--mode", "video", "--model", "veo-3.1", "--prompt", "x", "--poll-interval", "0", "--download",
         "--verbose", "--json", "--out", "video.json", code=0)  # fmt: skip
-    answer = chat_answer(f"![a]({alt}/media/image/a.png) {alt}/v1/b")
+    answer = chat_completion(f"![a]({alt}/media/image/a.png) {alt}/v1/b")
     emu.script("POST", "/v1/chat/completions", Reply(200, json=answer))
     run(
         "cdn",

@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from poe_emulator import PoeEmulator, Reply
+from poe_emulator import PoeEmulator, Reply, chat_completion
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -69,7 +69,7 @@ def test_expired_url_is_a_download_error_exit_10(cli, emulator: PoeEmulator, tmp
     emulator.script(
         "POST",
         "/v1/chat/completions",
-        Reply(200, json=_chat_answer(f"![image]({emulator.root_url}/media/expired/abc.png)")),
+        Reply(200, json=chat_completion(f"![image]({emulator.root_url}/media/expired/abc.png)")),
     )
     r = cli("--mode", "image", "--model", "nano-banana-pro", "--prompt", "x", "--download", "--out", "e.json")
     assert r.code == 10
@@ -177,17 +177,6 @@ def test_balance_and_points_spent_by_a_request(cli, emulator: PoeEmulator) -> No
     points = r.record["points"]
     assert points["spent"] == points["before"] - points["after"] > 0
     assert cli("--balance", key=None).code == 3
-
-
-def _chat_answer(content: str) -> dict:
-    return {
-        "id": "chatcmpl-x",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "nano-banana-pro",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
 
 
 def test_ctrl_c_during_a_stream_keeps_what_arrived(emulator: PoeEmulator, tmp_path: Path) -> None:
