@@ -903,77 +903,33 @@ class MappingRow:
     note: str = ""
 
 
+# fmt: off
 PARAMETER_MAPPING: tuple[MappingRow, ...] = (
-    MappingRow("video", {"duration": "6s"}, {"seconds": 6}, {"duration": "6"}, note="'6s', '6' and 6 all work"),
+    MappingRow("video", {"duration": "6s"}, {"seconds": 6}, {"duration": "6"},
+               note="'6s', '6' and 6 all work"),
     MappingRow("video", {"seconds": 8}, {"seconds": 8}, {"duration": "8"}),
-    MappingRow(
-        "video",
-        {"duration": "6s", "resolution": "1080p"},
-        {"seconds": 6, "size": "1920x1080"},
-        {"duration": "6", "resolution": "1080p"},
-        note="size is landscape unless aspect_ratio says 9:16",
-    ),
-    MappingRow(
-        "video",
-        {"resolution": "720p", "aspect_ratio": "9:16"},
-        {"size": "720x1280"},
-        {"resolution": "720p", "aspect_ratio": "9:16"},
-    ),
-    MappingRow(
-        "video",
-        {"aspect_ratio": "16:9"},
-        {"size": "1280x720"},
-        {"aspect_ratio": "16:9"},
-        note="720p when no resolution is given",
-    ),
-    MappingRow(
-        "video",
-        {"size": "1920x1080"},
-        {"size": "1920x1080"},
-        {"resolution": "1080p", "aspect_ratio": "16:9"},
-        model="veo-3.1",
-        note="kept as size on chat when the model declares size (sora-2)",
-    ),
-    MappingRow(
-        "video",
-        {"negative_prompt": "rain"},
-        {"no": "rain"},
-        {"no": "rain"},
-        model="veo-3.1",
-        note="renamed only when the model declares 'no'",
-    ),
-    MappingRow(
-        "image",
-        {"aspect_ratio": "3:2"},
-        {"aspect": "3:2"},
-        {"aspect": "3:2"},
-        model="gpt-image-1",
-        note="renamed to 'aspect' when the model declares 'aspect' but not 'aspect_ratio'",
-    ),
-    MappingRow(
-        "image",
-        {"aspect": "16:9"},
-        {"aspect_ratio": "16:9"},
-        {"aspect_ratio": "16:9"},
-        model="nano-banana-2",
-        note="and back, for models that declare 'aspect_ratio'",
-    ),
-    MappingRow(
-        "video",
-        {"seed": 42},
-        {"seed": "42"},
-        {"seed": "42"},
-        model="veo-3.1",
-        note="converted to the declared type (veo-3.1 declares a string)",
-    ),
-    MappingRow(
-        "llm",
-        {"max_tokens": 200},
-        {"max_output_tokens": 200},
-        {"max_tokens": 200},
-        note="llm: 'direct' is the Responses API (--api responses)",
-    ),
+    MappingRow("video", {"duration": "6s", "resolution": "1080p"},
+               {"seconds": 6, "size": "1920x1080"}, {"duration": "6", "resolution": "1080p"},
+               note="size is landscape unless aspect_ratio says 9:16"),
+    MappingRow("video", {"resolution": "720p", "aspect_ratio": "9:16"},
+               {"size": "720x1280"}, {"resolution": "720p", "aspect_ratio": "9:16"}),
+    MappingRow("video", {"aspect_ratio": "16:9"}, {"size": "1280x720"}, {"aspect_ratio": "16:9"},
+               note="720p when no resolution is given"),
+    MappingRow("video", {"size": "1920x1080"}, {"size": "1920x1080"}, {"resolution": "1080p", "aspect_ratio": "16:9"},
+               model="veo-3.1", note="kept as size on chat when the model declares size (sora-2)"),
+    MappingRow("video", {"negative_prompt": "rain"}, {"no": "rain"}, {"no": "rain"},
+               model="veo-3.1", note="renamed only when the model declares 'no'"),
+    MappingRow("image", {"aspect_ratio": "3:2"}, {"aspect": "3:2"}, {"aspect": "3:2"},
+               model="gpt-image-1",
+               note="renamed to 'aspect' when the model declares 'aspect' but not 'aspect_ratio'"),
+    MappingRow("image", {"aspect": "16:9"}, {"aspect_ratio": "16:9"}, {"aspect_ratio": "16:9"},
+               model="nano-banana-2", note="and back, for models that declare 'aspect_ratio'"),
+    MappingRow("video", {"seed": 42}, {"seed": "42"}, {"seed": "42"},
+               model="veo-3.1", note="converted to the declared type (veo-3.1 declares a string)"),
+    MappingRow("llm", {"max_tokens": 200}, {"max_output_tokens": 200}, {"max_tokens": 200},
+               note="llm: 'direct' is the Responses API (--api responses)"),
 )
+# fmt: on
 
 
 def route_params(
