@@ -93,6 +93,28 @@ def run_cli(
     return result
 
 
+# A CI shell may start the tests with SIGINT ignored, and a child inherits that: give the script Python's own
+# Ctrl-C handling back before running it as __main__ (no preexec_fn: the emulator's threads make fork hooks unsafe).
+WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def start_cli(args: list[str], *, cwd: Path, base_url: str, key: str, text: bool = True) -> subprocess.Popen:
+    """Start the CLI in the background, ready to take a Ctrl-C (SIGINT) from the test."""
+    return subprocess.Popen(
+        [sys.executable, "-c", WITH_CTRL_C, str(ORCHESTRATOR), *args],
+        cwd=cwd,
+        env=cli_env(base_url, key, cwd / ".cache"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=text,
+        encoding="utf-8" if text else None,
+    )
+
+
 def _out_path(args: list[str], cwd: Path) -> Path | None:
     for i, arg in enumerate(args):
         if arg in ("--out", "-o") and i + 1 < len(args):

@@ -102,26 +102,23 @@ def test_a_429_pauses_the_whole_batch(cli, emulator: PoeEmulator, tmp_path) -> N
 
 def test_ctrl_c_lets_requests_in_flight_finish_and_sends_no_more(emulator: PoeEmulator, tmp_path) -> None:
     import signal
-    import subprocess
-    import sys
     import time
 
-    from cli_runner import ORCHESTRATOR, cli_env, validate_record
+    from cli_runner import start_cli, validate_record
     from conftest import EMULATOR_KEY
 
     rows = [{"id": f"q{i}", "mode": "llm", "model": "gpt-5", "prompt": f"q{i}"} for i in range(6)]
     write_jsonl(tmp_path / "q.jsonl", rows)
     emulator.latency = 1.5
-    env = cli_env(emulator.base_url, EMULATOR_KEY, tmp_path / ".cache")
-    proc = subprocess.Popen([sys.executable, str(ORCHESTRATOR), "--batch", "q.jsonl", "--concurrency", "2"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = start_cli(["--batch", "q.jsonl", "--concurrency", "2"], cwd=tmp_path, base_url=emulator.base_url,
+                     key=EMULATOR_KEY)  # fmt: skip
     deadline = time.monotonic() + 30
     while len(emulator.paid_calls()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
-    assert b"Traceback" not in err
+    assert "Traceback" not in err
     assert len(emulator.paid_calls()) == 2  # nothing new was sent after Ctrl-C
     folder = tmp_path / "outputs" / "q"
     summary = json.loads((folder / "batch-summary.json").read_text())

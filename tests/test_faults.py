@@ -12,14 +12,13 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_runner import ORCHESTRATOR, cli_env, validate_record
+from cli_runner import start_cli, validate_record
 from conftest import EMULATOR_KEY
 from poe_emulator import Drop, PoeEmulator, Reply, chat_completion, error_reply
 
@@ -288,26 +287,8 @@ def test_429_storm_on_paid_media_exhausts_the_budget_without_falling_back(cli, e
 # --- Ctrl-C ------------------------------------------------------------------------------------------------
 
 
-# A CI shell may start the tests with SIGINT ignored, and a child inherits that: give the script Python's own
-# Ctrl-C handling back before running it as __main__ (no preexec_fn: the emulator's threads make fork hooks unsafe).
-WITH_CTRL_C = (
-    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-)
-
-
 def _start(tmp_path: Path, emulator: PoeEmulator, *args: str) -> subprocess.Popen[str]:
-    env = cli_env(emulator.base_url, EMULATOR_KEY, tmp_path / ".cache")
-    return subprocess.Popen(
-        [sys.executable, "-c", WITH_CTRL_C, str(ORCHESTRATOR), *args],
-        cwd=tmp_path,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        encoding="utf-8",
-    )
+    return start_cli(list(args), cwd=tmp_path, base_url=emulator.base_url, key=EMULATOR_KEY)
 
 
 def _interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], bool], timeout: float = 30) -> tuple[str, str]:

@@ -181,19 +181,15 @@ def test_balance_and_points_spent_by_a_request(cli, emulator: PoeEmulator) -> No
 
 def test_ctrl_c_during_a_stream_keeps_what_arrived(emulator: PoeEmulator, tmp_path: Path) -> None:
     import signal
-    import subprocess
-    import sys
     import time
 
-    from cli_runner import ORCHESTRATOR, cli_env, validate_record
+    from cli_runner import start_cli, validate_record
     from conftest import EMULATOR_KEY
 
     emulator.latency = 8.0  # spread over the chunks: about half a second between words
     words = " ".join(f"w{i}" for i in range(12))
     args = ["--mode", "llm", "--model", "gpt-5", "--prompt", words, "--stream", "--out", "s.json"]
-    env = cli_env(emulator.base_url, EMULATOR_KEY, tmp_path / ".cache")
-    proc = subprocess.Popen([sys.executable, str(ORCHESTRATOR), *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = start_cli(args, cwd=tmp_path, base_url=emulator.base_url, key=EMULATOR_KEY, text=False)
     assert proc.stdout is not None
     seen = b""
     deadline = time.monotonic() + 30
