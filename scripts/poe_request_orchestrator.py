@@ -2080,6 +2080,13 @@ class Ui:
         self._streamed = False
 
     @property
+    def is_terminal(self) -> bool:
+        """A person is watching stderr: spinners, progress bars and colour are worth drawing."""
+        if self._console is not None:
+            return self._console.is_terminal
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+    @property
     def console(self) -> Console:
         """rich's stderr console, made on first use: a run that prints nothing never imports rich."""
         if self._console is None:
@@ -2089,7 +2096,12 @@ class Ui:
         return self._console
 
     def _print(self, style: str, text: str) -> None:
-        self.console.print(redact(text, self.api_key), style=style, markup=False)
+        text = redact(text, self.api_key)
+        if self.is_terminal:
+            self.console.print(text, style=style, markup=False)
+        else:  # a pipe, a log, an agent: rich would print these same plain lines, so skip importing it
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
 
     def note(self, text: str) -> None:
         if not self.quiet:
@@ -2126,7 +2138,7 @@ class Ui:
 
     @contextlib.contextmanager
     def status(self, text: str) -> Iterator[Any]:
-        if self.quiet or not self.console.is_terminal:
+        if self.quiet or not self.is_terminal:
             yield _NullStatus()
             return
         with self.console.status(text) as status:
@@ -2134,7 +2146,7 @@ class Ui:
 
     @contextlib.contextmanager
     def progress(self, label: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        if self.quiet or not self.console.is_terminal:
+        if self.quiet or not self.is_terminal:
             yield lambda n: None
             return
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -2322,7 +2334,7 @@ def run_batch(
         results[line.number] = row
 
     cancelled = False
-    show = not ui.quiet and ui.console.is_terminal
+    show = not ui.quiet and ui.is_terminal
     with (
         make_client(settings, pool=concurrency) as client,
         Progress(
