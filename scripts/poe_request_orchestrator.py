@@ -1180,7 +1180,6 @@ class SendResult:
     usage: dict[str, Any] | None = None
     job_id: str | None = None
     job: dict[str, Any] | None = None
-    stream_events: int | None = None
 
 
 class Sender:
@@ -1384,7 +1383,7 @@ def read_stream(response: httpx.Response, record: Record, ui: Ui) -> SendResult:
         record.data["response"]["body"] = {"stream": True, "event_count": events, "text": assembled, "usage": usage}
         record.data["text"] = assembled
         ui.stream_end(assembled)
-    return SendResult(status=response.status_code, body=None, text=assembled, usage=usage, stream_events=events)
+    return SendResult(status=response.status_code, body=None, text=assembled, usage=usage)
 
 
 def iter_sse(response: httpx.Response) -> Iterator[str]:
@@ -2106,10 +2105,6 @@ class Ui:
     def note(self, text: str) -> None:
         if not self.quiet:
             self._print("dim", text)
-
-    def info(self, text: str) -> None:
-        if not self.quiet:
-            self._print("", text)
 
     def debug(self, text: str) -> None:
         if self.verbose:
