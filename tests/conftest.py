@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from poe_emulator import PoeEmulator
@@ -50,3 +53,12 @@ def cli(emulator: PoeEmulator, tmp_path):  # type: ignore[no-untyped-def]
         )
 
     return run
+
+
+def use_in_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, emulator: PoeEmulator, key: str) -> None:
+    """Point poe_request_orchestrator.main(), called in this process, at the emulator from tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("POE_API_KEY", key)
+    monkeypatch.setenv("POE_BASE_URL", emulator.base_url)
+    monkeypatch.setenv("POE_CACHE_DIR", str(tmp_path / ".cache"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from typing import Any
 import poe_request_orchestrator as poe
 import pytest
 from cli_runner import ORCHESTRATOR, cli_env, validate_record
-from conftest import EMULATOR_KEY
+from conftest import EMULATOR_KEY, use_in_process
 from poe_emulator import PoeEmulator, Reply
 
 KEPT = re.compile(r"^fox\.\d{8}T\d{6}Z(-\d+)?\.json$")
@@ -106,11 +105,7 @@ def test_kept_names_never_overwrite_each_other(tmp_path: Path) -> None:
 
 @pytest.fixture
 def in_process(emulator: PoeEmulator, tmp_path: Path, monkeypatch) -> PoeEmulator:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("POE_API_KEY", EMULATOR_KEY)
-    monkeypatch.setenv("POE_BASE_URL", emulator.base_url)
-    monkeypatch.setenv("POE_CACHE_DIR", str(tmp_path / ".cache"))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    use_in_process(monkeypatch, tmp_path, emulator, EMULATOR_KEY)
     return emulator
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import poe_request_orchestrator as poe
 import pytest
 from cli_runner import ORCHESTRATOR, cli_env, validate_record
-from conftest import EMULATOR_KEY
+from conftest import EMULATOR_KEY, use_in_process
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from poe_emulator import STANDARD_CHAT_KEYS, PoeEmulator
@@ -241,10 +241,7 @@ class Main:
 
 @pytest.fixture
 def run_main(emulator: PoeEmulator, tmp_path: Path, capsys, monkeypatch) -> Iterator[Main]:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("POE_API_KEY", EMULATOR_KEY)
-    monkeypatch.setenv("POE_BASE_URL", emulator.base_url)
-    monkeypatch.setenv("POE_CACHE_DIR", str(tmp_path / ".cache"))
+    use_in_process(monkeypatch, tmp_path, emulator, EMULATOR_KEY)
     yield Main(emulator, tmp_path, capsys, monkeypatch)
 
 

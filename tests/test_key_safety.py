@@ -7,11 +7,9 @@ behind for the key or any 8-character piece of it; the others check exception te
 
 from __future__ import annotations
 
-import io
 import json
 import secrets
 import string
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import poe_request_orchestrator as poe
 import pytest
 from cli_runner import CliResult, run_cli
+from conftest import use_in_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from poe_emulator import PoeEmulator, Reply, chat_completion, error_reply
@@ -144,11 +143,7 @@ def test_the_key_never_leaks_and_never_leaves_the_api_host(keyed: PoeEmulator, t
 
 @pytest.fixture
 def in_process(keyed: PoeEmulator, tmp_path: Path, monkeypatch) -> PoeEmulator:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("POE_API_KEY", KEY)
-    monkeypatch.setenv("POE_BASE_URL", keyed.base_url)
-    monkeypatch.setenv("POE_CACHE_DIR", str(tmp_path / ".cache"))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    use_in_process(monkeypatch, tmp_path, keyed, KEY)
     return keyed
 
 
