@@ -269,7 +269,6 @@ def run_request(
         record.save_error = (
             f"could not write the record {spec.out} ({exc.strerror or exc}); only its pending copy remains"
         )
-    record.path = writer.path if writer else None
     record.kept_previous = writer.kept_previous if writer else None
     return record
 
